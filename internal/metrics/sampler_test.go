@@ -48,7 +48,7 @@ func TestHungGPUStallsNeitherSamplerNorScrape(t *testing.T) {
 	for i := range 3 {
 		start := time.Now()
 		snap := s.SampleOnce(ctx)
-		if took := time.Since(start); took > time.Second {
+		if took := time.Since(start); took > 10*time.Second { // a hang, not a slow machine
 			t.Fatalf("sample %d took %v with a hung GPU; the read timeout is 50ms", i, took)
 		}
 		for _, d := range snap.Devices {

@@ -105,7 +105,7 @@ func TestErrorsNameTheSocketAndPod(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("err = %v, want one naming %q", err, tt.want)
 			}
-			if time.Since(start) > 2*time.Second {
+			if time.Since(start) > 10*time.Second { // a hang, not a slow machine
 				t.Errorf("took %v; the timeout is 200ms", time.Since(start))
 			}
 		})

@@ -117,14 +117,14 @@ func TestEventWait(t *testing.T) {
 	set := register(t, lib, nvml.EventTypeXidCriticalError, 0)
 
 	start := time.Now()
-	if _, r := set.Wait(0); r != nvml.ERROR_TIMEOUT || time.Since(start) > 50*time.Millisecond {
+	if _, r := set.Wait(0); r != nvml.ERROR_TIMEOUT || time.Since(start) > 5*time.Second {
 		t.Errorf("Wait(0) = %v after %v", r, time.Since(start))
 	}
 	start = time.Now()
 	if _, r := lib.EventSetWait(set, 120); r != nvml.ERROR_TIMEOUT {
 		t.Errorf("Wait(120) = %v", r)
 	}
-	if el := time.Since(start); el < 110*time.Millisecond || el > time.Second {
+	if el := time.Since(start); el < 110*time.Millisecond || el > 5*time.Second {
 		t.Errorf("Wait(120) took %v", el)
 	}
 
@@ -144,11 +144,8 @@ func TestEventWait(t *testing.T) {
 	select {
 	case r := <-got:
 		wantRet(t, "blocked Wait", r, nvml.SUCCESS)
-	case <-time.After(2 * time.Second):
-		t.Fatal("a blocked Wait missed the event")
-	}
-	if el := time.Since(start); el > time.Second {
-		t.Errorf("blocked Wait returned %v after the event", el)
+	case <-time.After(5 * time.Second): // far less than the Wait's 10s
+		t.Fatalf("a blocked Wait missed the event (still waiting %v after it)", time.Since(start))
 	}
 }
 
