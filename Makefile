@@ -34,7 +34,7 @@ DEMO_DIR ?= $(CURDIR)/.demo
 E2E_DIR := tests/e2e
 E2E_TIMEOUT ?= 45m
 
-.PHONY: all build test unit vet lint fuzz bench demo e2e e2e-bins e2e-vet clean tools
+.PHONY: all build test unit vet lint fuzz bench idle-cost demo e2e e2e-bins e2e-vet clean tools
 
 all: build
 
@@ -70,6 +70,11 @@ bench: $(BENCHSTAT)
 	@mkdir -p $(CACHE)
 	$(GO) test -run='^$$' -bench=. -benchmem -count=5 ./... | tee $(CACHE)/bench.txt
 	$(BENCHSTAT) $(CACHE)/bench.txt
+
+## idle-cost: what gpulet costs a node at rest: CPU and RSS of `gpulet serve`
+## on a simulated DGX H100 over 60s (the metrics package's TestIdleCost*).
+idle-cost:
+	$(GO) test -count=1 -run '^TestIdleCost' -v ./internal/metrics -idle-cost 60s
 
 ## demo: run gpulet on a simulated DGX H100 with local state, CDI and kubelet dirs.
 demo: build
