@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"time"
 
@@ -177,6 +178,8 @@ func Run(ctx context.Context, opts Options) error {
 		spawn("DRA driver", drv.Run)
 	}
 
+	// Config reloads reach the metrics sampler through here, latest first.
+	metricsReloads := make(chan *configv1.Config, 1)
 	if opts.ConfigFile != "" {
 		w := newConfigWatcher(opts.ConfigFile,
 			func(next *configv1.Config, warnings []string) {
@@ -184,11 +187,16 @@ func Run(ctx context.Context, opts Options) error {
 					logger.Info("Config warning", "file", opts.ConfigFile, "warning", w)
 				}
 				logger.Info("Config changed: applying", "file", opts.ConfigFile)
+				if stale := needsRestart(cfg, next); len(stale) > 0 {
+					logger.Info("Config change needs a gpulet restart to take effect; the rest is applied now",
+						"file", opts.ConfigFile, "settings", stale)
+				}
 				mp.ops.ObserveConfigReload(nil)
 				monitor.SetOptions(healthOptions(next))
 				if dp != nil {
 					dp.Update(inv, devicePluginConfig(next))
 				}
+				sendLatest(metricsReloads, next)
 			},
 			func(err error) {
 				mp.ops.ObserveConfigReload(err)
@@ -199,7 +207,7 @@ func Run(ctx context.Context, opts Options) error {
 
 	if opts.MetricsAddress != "" {
 		spawn("metrics", func(ctx context.Context) error {
-			return runMetrics(ctx, opts, cfg, mp, backend.Adapter, inv, led, monitor)
+			return runMetrics(ctx, opts, cfg, metricsReloads, mp, backend.Adapter, inv, led, monitor)
 		})
 	}
 
@@ -275,6 +283,40 @@ func healthOptions(cfg *configv1.Config) health.Options {
 	return health.Options{
 		IgnoredXIDs: cfg.Gpulet.Health.IgnoredXIDs,
 		QuietPeriod: cfg.Gpulet.Health.RecoveryQuietPeriod.Duration,
+	}
+}
+
+// needsRestart names the settings that differ between the config gpulet
+// started with and next and that only a restart applies: which APIs are
+// served, the DRA driver's settings, and whether health checking runs at
+// all. The device plugin's resources and sharing, health options and
+// metrics settings are applied live.
+func needsRestart(started, next *configv1.Config) []string {
+	var out []string
+	if devicePluginEnabled(started) != devicePluginEnabled(next) {
+		out = append(out, "gpulet.devicePlugin.enabled")
+	}
+	if !reflect.DeepEqual(started.Gpulet.DRA, next.Gpulet.DRA) {
+		out = append(out, "gpulet.dra")
+	}
+	if started.Gpulet.Health.Disabled != next.Gpulet.Health.Disabled {
+		out = append(out, "gpulet.health.disabled")
+	}
+	return out
+}
+
+// sendLatest puts v in ch (capacity 1), replacing a value not yet taken.
+func sendLatest[T any](ch chan T, v T) {
+	for {
+		select {
+		case ch <- v:
+			return
+		default:
+		}
+		select {
+		case <-ch:
+		default:
+		}
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"k8s.io/klog/v2/ktesting"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
+	configv1 "github.com/gpulet/gpulet/api/config/v1"
 	"github.com/gpulet/gpulet/internal/nvml"
 )
 
@@ -233,5 +235,44 @@ func TestNoDriverIsNotAZombie(t *testing.T) {
 	logs := logger.GetSink().(ktesting.Underlier).GetBuffer().String()
 	if n := strings.Count(logs, "NVML is not available"); n < 2 || !strings.Contains(logs, "libnvidia-ml.so.1") {
 		t.Errorf("want at least two retries logged naming the library, got %d:\n%s", n, logs)
+	}
+}
+
+func TestNeedsRestart(t *testing.T) {
+	parse := func(y string) *configv1.Config {
+		t.Helper()
+		cfg, _, err := configv1.Parse([]byte(y), "test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	base := parse("version: v1\n")
+	for _, tt := range []struct {
+		next string
+		want []string
+	}{
+		{"version: v1\nsharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 4}]}}\n", nil},
+		{"version: v1\ngpulet: {metrics: {sampleInterval: 5s}, health: {recoveryQuietPeriod: 1s}}\n", nil},
+		{"version: v1\ngpulet: {dra: {enabled: true}}\n", []string{"gpulet.dra"}},
+		{"version: v1\ngpulet: {devicePlugin: {enabled: false}, health: {disabled: true}}\n", []string{"gpulet.devicePlugin.enabled", "gpulet.health.disabled"}},
+	} {
+		if got := needsRestart(base, parse(tt.next)); !slices.Equal(got, tt.want) {
+			t.Errorf("%q: needsRestart = %v, want %v", tt.next, got, tt.want)
+		}
+	}
+}
+
+func TestSendLatest(t *testing.T) {
+	ch := make(chan int, 1)
+	sendLatest(ch, 1)
+	sendLatest(ch, 2) // replaces 1, which nobody took
+	if got := <-ch; got != 2 {
+		t.Errorf("got %d, want the latest, 2", got)
+	}
+	select {
+	case v := <-ch:
+		t.Errorf("a second value %d", v)
+	default:
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 
 	configv1 "github.com/gpulet/gpulet/api/config/v1"
@@ -62,18 +63,27 @@ func registeredCheck(dp *deviceplugin.Manager) func() error {
 	}
 }
 
-// runMetrics serves the Prometheus endpoint and runs the telemetry
-// sampler until ctx ends. Pod names (for per-pod memory) and idle Events
-// need the API server; without a usable kubeconfig they are left out, and
-// the rest is served.
-func runMetrics(ctx context.Context, opts Options, cfg *configv1.Config, parts *metricsParts,
-	adapter *nvml.Adapter, inv *inventory.Inventory, led *ledger.Ledger, monitor *health.Monitor) error {
-	logger := klog.FromContext(ctx).WithName("metrics")
-	m := cfg.Gpulet.Metrics
-	idle := metrics.IdleOptions{EventAfter: m.Idle.EventAfter.Duration}
+// idleOptions turns the config's idle section into the sampler's options,
+// Events sent through recorder (nil: none).
+func idleOptions(m configv1.Metrics, recorder events.EventRecorder) metrics.IdleOptions {
+	idle := metrics.IdleOptions{EventAfter: m.Idle.EventAfter.Duration, Recorder: recorder}
 	if m.Idle.UtilizationThreshold != nil {
 		idle.Threshold = *m.Idle.UtilizationThreshold
 	}
+	return idle
+}
+
+// runMetrics serves the Prometheus endpoint and runs the telemetry
+// sampler until ctx ends; configs from reloads retune the sampler (its
+// interval and idle settings). Pod names (for per-pod memory) and idle
+// Events need the API server; without a usable kubeconfig they are left
+// out, and the rest is served.
+func runMetrics(ctx context.Context, opts Options, cfg *configv1.Config, reloads <-chan *configv1.Config, parts *metricsParts,
+	adapter *nvml.Adapter, inv *inventory.Inventory, led *ledger.Ledger, monitor *health.Monitor) error {
+	logger := klog.FromContext(ctx).WithName("metrics")
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	m := cfg.Gpulet.Metrics
 
 	kubelet, err := podresources.Dial(podresources.SocketPath(opts.KubeletRoot), podresources.DefaultTimeout)
 	if err != nil {
@@ -89,25 +99,42 @@ func runMetrics(ctx context.Context, opts Options, cfg *configv1.Config, parts *
 		Ledger:       led,
 		PodResources: kubelet,
 		ProcRoot:     opts.ProcRoot,
-		Idle:         idle,
 		Ops:          parts.ops,
 	}
 	if cfg.Gpulet.DRA.DriverName != "" {
 		sampler.DRADriverName = cfg.Gpulet.DRA.DriverName
 	}
+	var recorder events.EventRecorder
 	if client, err := kubeClient(opts.Kubeconfig); err != nil {
 		logger.Info("No API server: per-pod GPU memory is labelled by pod UID only, and no idle Events are sent", "err", err)
 	} else {
 		sampler.Pods = metrics.NewKubePods(client, opts.NodeName)
-		if idle.EventAfter > 0 {
-			recorder, stop, err := metrics.StartEventRecorder(ctx, client, "gpulet")
-			if err != nil {
-				return err
-			}
-			defer stop()
-			sampler.Idle.Recorder = recorder
+		// Started even with idle Events off, so a reload can turn them on.
+		r, stop, err := metrics.StartEventRecorder(ctx, client, "gpulet")
+		if err != nil {
+			return err
 		}
+		defer stop()
+		recorder = r
 	}
+	sampler.Idle = idleOptions(m, recorder)
+
+	tunings := make(chan metrics.Tuning)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case next := <-reloads:
+				t := metrics.Tuning{Interval: next.Gpulet.Metrics.SampleInterval.Duration, Idle: idleOptions(next.Gpulet.Metrics, recorder)}
+				select {
+				case tunings <- t:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
 
 	var healthSource metrics.HealthSource
 	if !cfg.Gpulet.Health.Disabled {
@@ -122,6 +149,7 @@ func runMetrics(ctx context.Context, opts Options, cfg *configv1.Config, parts *
 		Sampler:  sampler,
 		Registry: parts.registry,
 		Health:   healthSource,
+		Tunings:  tunings,
 	})
 }
 

@@ -89,6 +89,34 @@ func TestServeMetrics(t *testing.T) {
 		return strings.Contains(body, `gpulet_config_reloads_total{result="failed"} 1`) &&
 			strings.Contains(body, "gpulet_config_last_reload_successful 0")
 	})
+
+	// The sample interval is reloaded live: at one minute the sample time
+	// stands still, and moves again within seconds once it is 100ms.
+	sampleTime := func() string {
+		_, body := get("/metrics")
+		for _, line := range strings.Split(body, "\n") {
+			if v, ok := strings.CutPrefix(line, "gpulet_sample_timestamp_seconds "); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	cm.write(t, timeSlicedConfig(8)+"gpulet: {metrics: {sampleInterval: 1m}}\n")
+	eventually(t, "the slow-interval reload counted", func() bool {
+		_, body := get("/metrics")
+		return strings.Contains(body, `gpulet_config_reloads_total{result="ok"} 2`)
+	})
+	time.Sleep(1500 * time.Millisecond) // a sample in flight at 1s lands
+	slow := sampleTime()
+	time.Sleep(1500 * time.Millisecond)
+	if now := sampleTime(); now != slow || slow == "" {
+		t.Errorf("sample time moved from %q to %q with a 1m interval", slow, now)
+	}
+	cm.write(t, timeSlicedConfig(8)+"gpulet: {metrics: {sampleInterval: 100ms}}\n")
+	eventually(t, "samples again after the interval went to 100ms", func() bool {
+		now := sampleTime()
+		return now != "" && now != slow
+	})
 }
 
 // TestServeMetricsBadWebConfig: a web config file that is not there stops

@@ -65,10 +65,17 @@ type idleTracker struct {
 }
 
 func newIdleTracker(opts IdleOptions) *idleTracker {
+	t := &idleTracker{since: map[idleKey]time.Time{}, notified: map[idleKey]bool{}}
+	t.setOptions(opts)
+	return t
+}
+
+// setOptions replaces the options; idle times and who was told stay.
+func (t *idleTracker) setOptions(opts IdleOptions) {
 	if opts.Threshold == 0 {
 		opts.Threshold = DefaultIdleThreshold
 	}
-	return &idleTracker{opts: opts, since: map[idleKey]time.Time{}, notified: map[idleKey]bool{}}
+	t.opts = opts
 }
 
 // idle says whether a device is idle now. A device that could not be read

@@ -129,6 +129,20 @@ type Sampler struct {
 
 	mu  sync.Mutex
 	inv *inventory.Inventory
+
+	// A Retune waiting for Run to apply it, and Run's nudge.
+	tuning         atomic.Pointer[Tuning]
+	retune         chan struct{}
+	readTimeoutSet bool // ReadTimeout was given, not derived from Interval
+}
+
+// Tuning is what a config reload may change in a running sampler.
+type Tuning struct {
+	// Interval is the time between two samples; 0 means 1s.
+	Interval time.Duration
+	// Idle replaces the idle options. Pods' idle times carry over, and a
+	// pod already told about its idle device is not told again.
+	Idle IdleOptions
 }
 
 // gpuSlot is one GPU's reading in flight and its outcome.
@@ -153,14 +167,46 @@ type deviceRead struct {
 
 // NewSampler returns a sampler; Run drives it.
 func NewSampler(opts SamplerOptions) *Sampler {
+	readTimeoutSet := opts.ReadTimeout > 0
 	opts = opts.withDefaults()
 	return &Sampler{
-		opts:  opts,
-		slots: map[string]*gpuSlot{},
-		procs: newProcReader(opts.ProcRoot),
-		idle:  newIdleTracker(opts.Idle),
-		inv:   opts.Inventory,
+		opts:           opts,
+		slots:          map[string]*gpuSlot{},
+		procs:          newProcReader(opts.ProcRoot),
+		idle:           newIdleTracker(opts.Idle),
+		inv:            opts.Inventory,
+		retune:         make(chan struct{}, 1),
+		readTimeoutSet: readTimeoutSet,
 	}
+}
+
+// Retune changes the sample interval and the idle options of a running
+// sampler, from its next tick on; the telemetry and idle times gathered
+// so far are kept. Safe to call from any goroutine; the last call wins.
+func (s *Sampler) Retune(t Tuning) {
+	s.tuning.Store(&t)
+	select {
+	case s.retune <- struct{}{}:
+	default:
+	}
+}
+
+// applyTuning installs a pending Retune; only Run's goroutine calls it.
+func (s *Sampler) applyTuning(ctx context.Context) bool {
+	t := s.tuning.Swap(nil)
+	if t == nil {
+		return false
+	}
+	opts := s.opts
+	opts.Interval, opts.Idle = t.Interval, t.Idle
+	if !s.readTimeoutSet {
+		opts.ReadTimeout = 0
+	}
+	s.opts = opts.withDefaults()
+	s.idle.setOptions(t.Idle)
+	klog.FromContext(ctx).WithName("metrics").Info("Sampler retuned", "interval", s.opts.Interval,
+		"idleThreshold", s.idle.opts.Threshold, "idleEventAfter", s.idle.opts.EventAfter)
+	return true
 }
 
 // SetInventory replaces the devices sampled from the next sample on (the
@@ -194,6 +240,10 @@ func (s *Sampler) Run(ctx context.Context) error {
 			return nil
 		case <-ticker.C:
 			s.SampleOnce(ctx)
+		case <-s.retune:
+			if s.applyTuning(ctx) {
+				ticker.Reset(s.opts.Interval)
+			}
 		}
 	}
 }

@@ -130,3 +130,57 @@ func TestRunSamplesOnItsOwnSchedule(t *testing.T) {
 		t.Error("Run did not publish successive snapshots")
 	}
 }
+
+// TestRetune: a running sampler takes a new interval and idle options
+// from its next tick on, as a config reload asks.
+func TestRetune(t *testing.T) {
+	n := newTestNode(t, "machine: dgx-h100\nnodeSeed: retune\ngpus: 2\n")
+	s := NewSampler(SamplerOptions{Source: n.Adapter, Inventory: n.Inventory, ProcRoot: n.procRoot, Interval: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	var runErr error
+	stop := sync.OnceFunc(func() {
+		cancel()
+		runErr = <-done
+	})
+	defer stop()
+	waitSnapshot := func(what string, cond func(*Snapshot) bool) *Snapshot {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			if snap := s.Snapshot(); snap != nil && cond(snap) {
+				return snap
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		t.Fatalf("%s: not within 10s", what)
+		return nil
+	}
+	first := waitSnapshot("first sample", func(*Snapshot) bool { return true })
+
+	// An hour between samples: only a retune brings the next one.
+	s.Retune(Tuning{Interval: 20 * time.Millisecond, Idle: IdleOptions{Threshold: 0.5, EventAfter: time.Minute}})
+	second := waitSnapshot("a sample after the retune", func(snap *Snapshot) bool { return snap != first })
+	waitSnapshot("another sample 20ms later", func(snap *Snapshot) bool { return snap != second })
+
+	stop()
+	if runErr != nil {
+		t.Fatal(runErr)
+	}
+	if s.opts.Interval != 20*time.Millisecond || s.opts.ReadTimeout != 10*time.Millisecond {
+		t.Errorf("interval %v, read timeout %v; want 20ms and 10ms (derived)", s.opts.Interval, s.opts.ReadTimeout)
+	}
+	if s.idle.opts.Threshold != 0.5 || s.idle.opts.EventAfter != time.Minute {
+		t.Errorf("idle options %+v, want threshold 0.5 and events after 1m", s.idle.opts)
+	}
+
+	// A zero tuning means the defaults.
+	s.Retune(Tuning{})
+	if !s.applyTuning(context.Background()) {
+		t.Fatal("no pending tuning")
+	}
+	if s.opts.Interval != time.Second || s.idle.opts.Threshold != DefaultIdleThreshold {
+		t.Errorf("after a zero tuning: interval %v, threshold %v; want the defaults", s.opts.Interval, s.idle.opts.Threshold)
+	}
+}
