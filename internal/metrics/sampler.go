@@ -134,6 +134,10 @@ type Sampler struct {
 	tuning         atomic.Pointer[Tuning]
 	retune         chan struct{}
 	readTimeoutSet bool // ReadTimeout was given, not derived from Interval
+	// The interval and read timeout in force: opts' at first, then a
+	// Retune's. Only Run's goroutine touches them (opts itself never
+	// changes: reads still in NVML use it).
+	interval, readTimeout time.Duration
 }
 
 // Tuning is what a config reload may change in a running sampler.
@@ -177,6 +181,8 @@ func NewSampler(opts SamplerOptions) *Sampler {
 		inv:            opts.Inventory,
 		retune:         make(chan struct{}, 1),
 		readTimeoutSet: readTimeoutSet,
+		interval:       opts.Interval,
+		readTimeout:    opts.ReadTimeout,
 	}
 }
 
@@ -197,14 +203,15 @@ func (s *Sampler) applyTuning(ctx context.Context) bool {
 	if t == nil {
 		return false
 	}
-	opts := s.opts
-	opts.Interval, opts.Idle = t.Interval, t.Idle
-	if !s.readTimeoutSet {
-		opts.ReadTimeout = 0
+	s.interval = t.Interval
+	if s.interval <= 0 {
+		s.interval = time.Second
 	}
-	s.opts = opts.withDefaults()
+	if !s.readTimeoutSet {
+		s.readTimeout = s.interval / 2
+	}
 	s.idle.setOptions(t.Idle)
-	klog.FromContext(ctx).WithName("metrics").Info("Sampler retuned", "interval", s.opts.Interval,
+	klog.FromContext(ctx).WithName("metrics").Info("Sampler retuned", "interval", s.interval,
 		"idleThreshold", s.idle.opts.Threshold, "idleEventAfter", s.idle.opts.EventAfter)
 	return true
 }
@@ -231,7 +238,7 @@ func (s *Sampler) Snapshot() *Snapshot { return s.snap.Load() }
 // cannot be interrupted and is left behind.
 func (s *Sampler) Run(ctx context.Context) error {
 	defer s.waitReads(ctx, 2*time.Second)
-	ticker := time.NewTicker(s.opts.Interval)
+	ticker := time.NewTicker(s.interval)
 	defer ticker.Stop()
 	s.SampleOnce(ctx)
 	for {
@@ -242,7 +249,7 @@ func (s *Sampler) Run(ctx context.Context) error {
 			s.SampleOnce(ctx)
 		case <-s.retune:
 			if s.applyTuning(ctx) {
-				ticker.Reset(s.opts.Interval)
+				ticker.Reset(s.interval)
 			}
 		}
 	}
@@ -362,7 +369,7 @@ func (s *Sampler) readDevices(inv *inventory.Inventory) []DeviceSample {
 			delete(s.slots, uuid)
 		}
 	}
-	timer := time.NewTimer(s.opts.ReadTimeout)
+	timer := time.NewTimer(s.readTimeout)
 	defer timer.Stop()
 wait:
 	for range started {

@@ -132,10 +132,13 @@ func TestRunSamplesOnItsOwnSchedule(t *testing.T) {
 }
 
 // TestRetune: a running sampler takes a new interval and idle options
-// from its next tick on, as a config reload asks.
+// from its next tick on, as a config reload asks, while a read of a hung
+// GPU is still inside NVML (the race detector watches that).
 func TestRetune(t *testing.T) {
 	n := newTestNode(t, "machine: dgx-h100\nnodeSeed: retune\ngpus: 2\n")
-	s := NewSampler(SamplerOptions{Source: n.Adapter, Inventory: n.Inventory, ProcRoot: n.procRoot, Interval: time.Hour})
+	src := &hangingSource{Source: n.Adapter, uuid: n.Inventory.GPUs[1].UUID, release: make(chan struct{})}
+	t.Cleanup(func() { close(src.release) })
+	s := NewSampler(SamplerOptions{Source: src, Inventory: n.Inventory, ProcRoot: n.procRoot, Interval: time.Hour, ReadTimeout: 20 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
@@ -168,19 +171,31 @@ func TestRetune(t *testing.T) {
 	if runErr != nil {
 		t.Fatal(runErr)
 	}
-	if s.opts.Interval != 20*time.Millisecond || s.opts.ReadTimeout != 10*time.Millisecond {
-		t.Errorf("interval %v, read timeout %v; want 20ms and 10ms (derived)", s.opts.Interval, s.opts.ReadTimeout)
+	if s.interval != 20*time.Millisecond || s.readTimeout != 20*time.Millisecond {
+		t.Errorf("interval %v, read timeout %v; want 20ms and the 20ms given", s.interval, s.readTimeout)
 	}
 	if s.idle.opts.Threshold != 0.5 || s.idle.opts.EventAfter != time.Minute {
 		t.Errorf("idle options %+v, want threshold 0.5 and events after 1m", s.idle.opts)
 	}
+	if src.calls.Load() != 1 {
+		t.Errorf("the hung GPU was asked %d times, want once (its read never returned)", src.calls.Load())
+	}
 
-	// A zero tuning means the defaults.
-	s.Retune(Tuning{})
-	if !s.applyTuning(context.Background()) {
+	// Without a read timeout given, it follows the interval; a zero tuning
+	// means the defaults.
+	s2 := NewSampler(SamplerOptions{Source: n.Adapter, Inventory: n.Inventory, ProcRoot: n.procRoot, Interval: time.Hour})
+	s2.Retune(Tuning{Interval: 40 * time.Millisecond})
+	if !s2.applyTuning(context.Background()) || s2.interval != 40*time.Millisecond || s2.readTimeout != 20*time.Millisecond {
+		t.Errorf("interval %v, read timeout %v; want 40ms and 20ms (derived)", s2.interval, s2.readTimeout)
+	}
+	s2.Retune(Tuning{})
+	if !s2.applyTuning(context.Background()) {
 		t.Fatal("no pending tuning")
 	}
-	if s.opts.Interval != time.Second || s.idle.opts.Threshold != DefaultIdleThreshold {
-		t.Errorf("after a zero tuning: interval %v, threshold %v; want the defaults", s.opts.Interval, s.idle.opts.Threshold)
+	if s2.interval != time.Second || s2.readTimeout != 500*time.Millisecond || s2.idle.opts.Threshold != DefaultIdleThreshold {
+		t.Errorf("after a zero tuning: interval %v, read timeout %v, threshold %v; want the defaults", s2.interval, s2.readTimeout, s2.idle.opts.Threshold)
+	}
+	if s2.applyTuning(context.Background()) {
+		t.Error("a tuning applied twice")
 	}
 }
