@@ -70,19 +70,12 @@ func newCatalog(inv *inventory.Inventory, consumableCapacity bool) *catalog {
 		c.devices = append(c.devices, d)
 		c.byName[d.name] = d
 	}
-	// Whole GPUs (and their shared twins) are listed from the highest
-	// index down. The scheduler tries devices in the order a slice lists
-	// them, and the device plugin's GetPreferredAllocation offers GPUs from
-	// the lowest index up: on a node serving both APIs, a burst of
-	// claims and nvidia.com/gpu pods then fills the node from both ends
-	// instead of both reaching for GPU 0, which would leave claims
-	// allocated to GPUs the device plugin gave away and other GPUs idle.
-	for i := len(inv.GPUs) - 1; i >= 0; i-- {
+	for i := range inv.GPUs {
 		g := &inv.GPUs[i]
 		add(&device{name: g.Name, kind: KindGPU, gpu: g})
 	}
 	if consumableCapacity {
-		for i := len(inv.GPUs) - 1; i >= 0; i-- {
+		for i := range inv.GPUs {
 			g := &inv.GPUs[i]
 			add(&device{name: g.Name + sharedSuffix, kind: KindShared, gpu: g})
 			c.partitioned[g.UUID] = true

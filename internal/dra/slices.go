@@ -54,10 +54,9 @@ type publication struct {
 
 // buildResources turns a publication into the pool the resourceslice
 // controller publishes: first the counter-set slices, then whole GPUs,
-// their shared twins and the MIG placements, in the catalog's order (the
-// scheduler tries devices in that order, so a claim that fits a whole GPU
-// never fragments a MIG GPU; whole GPUs come highest index first, see
-// newCatalog). It is a pure function of its input.
+// their shared twins and the MIG placements, in inventory order (the
+// scheduler tries slices in that order, so a claim that fits a whole GPU
+// never fragments a MIG GPU). It is a pure function of its input.
 func buildResources(p publication) resourceslice.DriverResources {
 	inv := p.cat.inv
 	var counterSets []resourceapi.CounterSet
