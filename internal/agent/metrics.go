@@ -118,8 +118,8 @@ func runMetrics(ctx context.Context, opts Options, cfg *configv1.Config, reloads
 		recorder = r
 	}
 	sampler.Idle = idleOptions(m, recorder)
-
 	tunings := make(chan metrics.Tuning)
+	sampler.Tunings = tunings
 	go func() {
 		for {
 			select {
@@ -149,7 +149,6 @@ func runMetrics(ctx context.Context, opts Options, cfg *configv1.Config, reloads
 		Sampler:  sampler,
 		Registry: parts.registry,
 		Health:   healthSource,
-		Tunings:  tunings,
 	})
 }
 

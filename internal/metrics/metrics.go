@@ -40,9 +40,6 @@ type Config struct {
 	Registry *prometheus.Registry
 	// Health is the health monitor (optional).
 	Health HealthSource
-	// Tunings, when set, carries config reloads to the sampler (see
-	// Sampler.Retune).
-	Tunings <-chan Tuning
 }
 
 // Run starts the endpoint and the sampler and serves until ctx ends. A
@@ -73,20 +70,6 @@ func Run(ctx context.Context, cfg Config) error {
 		defer wg.Done()
 		_ = sampler.Run(ctx)
 	}()
-	if cfg.Tunings != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case t := <-cfg.Tunings:
-					sampler.Retune(t)
-				}
-			}
-		}()
-	}
 	err = srv.Run(ctx)
 	cancel()
 	wg.Wait()

@@ -76,6 +76,8 @@ type SamplerOptions struct {
 
 	// Idle configures idle tracking and its Events.
 	Idle IdleOptions
+	// Tunings, when set, carries config reloads to Run (as Retune does).
+	Tunings <-chan Tuning
 	// Ops counts failed NVML reads (optional).
 	Ops *Ops
 	// Now is the clock. Default time.Now.
@@ -247,6 +249,11 @@ func (s *Sampler) Run(ctx context.Context) error {
 			return nil
 		case <-ticker.C:
 			s.SampleOnce(ctx)
+		case t := <-s.opts.Tunings:
+			s.tuning.Store(&t)
+			if s.applyTuning(ctx) {
+				ticker.Reset(s.interval)
+			}
 		case <-s.retune:
 			if s.applyTuning(ctx) {
 				ticker.Reset(s.interval)
