@@ -49,6 +49,12 @@ func (w *shapeWalker) walk(t reflect.Type, v any, path string) {
 		switch x := v.(type) {
 		case json.Number:
 		case map[string]any:
+			if p, _ := x["pattern"].(string); p == "" {
+				// The other fields mean nothing without one, and would be
+				// lost when the state is written back.
+				w.add(path, "an object needs a pattern (sine, ramp or square); a constant is a plain number")
+				return
+			}
 			w.walk(reflect.TypeFor[valueFields](), x, path)
 		default:
 			w.add(path, "want a number or {pattern, min, max, period}, got %s", describe(v))

@@ -96,6 +96,7 @@ func TestParseErrors(t *testing.T) {
 		{name: "bad pattern", yaml: "machine: dgx-h100\ndevices: [{index: 0, powerW: {pattern: zigzag, min: 1, max: 2, period: 1m}}]", field: "devices[0].powerW", problem: "unknown pattern"},
 		{name: "pattern without period", yaml: "machine: dgx-h100\ndevices: [{index: 0, utilization: {gpu: {pattern: sine, min: 1, max: 2}}}]", field: "devices[0].utilization.gpu", problem: "period"},
 		{name: "bad period", yaml: "machine: dgx-h100\ndevices: [{index: 0, powerW: {pattern: sine, min: 1, max: 2, period: soon}}]", field: "devices[0].powerW.period", problem: "duration"},
+		{name: "value object without pattern", yaml: "machine: dgx-h100\ndevices: [{index: 0, memoryUsedMiB: {offset: 1s}}]", field: "devices[0].memoryUsedMiB", problem: "needs a pattern"},
 		{name: "unknown value field", yaml: "machine: dgx-h100\ndevices: [{index: 0, powerW: {pattern: sine, low: 1}}]", field: "devices[0].powerW.low", problem: "unknown field"},
 		{name: "utilization over 100", yaml: "machine: dgx-h100\ndevices: [{index: 0, utilization: {gpu: 140}}]", field: "devices[0].utilization.gpu", problem: "outside [0, 100]"},
 		{name: "min above max", yaml: "machine: dgx-h100\ndevices: [{index: 0, temperatureC: {pattern: ramp, min: 80, max: 20, period: 1m}}]", field: "devices[0].temperatureC", problem: "above max"},
