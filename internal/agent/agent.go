@@ -100,6 +100,13 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
+	// Runs after every goroutine below has stopped (wg.Wait is deferred
+	// later): folds the journal into the snapshot.
+	defer func() {
+		if err := led.Close(); err != nil {
+			logger.Error(err, "Closing the ledger")
+		}
+	}()
 	cdiGen, err := cdi.New(ctx, cdiOptions(opts, cfg, backend))
 	if err != nil {
 		return err

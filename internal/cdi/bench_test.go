@@ -5,7 +5,7 @@ import (
 	"testing"
 )
 
-// BenchmarkWriteClaimSpec writes a one-GPU claim's spec, fsyncs
+// BenchmarkWriteClaimSpec writes a one-GPU claim's spec, fsync
 // included: the CDI work of a DRA Prepare. As root the edits are nvcdi's
 // for a simulated DGX H100 (mounts and hooks included); otherwise
 // gpulet's minimal ones.

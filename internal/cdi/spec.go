@@ -117,11 +117,15 @@ const claimSpecExt = ".json"
 
 // writeClaimSpec writes a claim's spec: validated in memory with the CDI
 // library's validators, encoded as JSON, written to a temporary file and
-// renamed into place, so a runtime never reads half a spec. It does not
-// fsync: a claim spec is derived state. The claim's ledger record, which
-// is durable before Prepare returns, is enough to write the spec again,
-// and the DRA driver does so for every record when it starts; a spec a
-// crash left without a record is removed then.
+// renamed into place, so a runtime never reads half a spec. The file is
+// synced before the rename: on filesystems that do not order a file's data
+// before its rename (xfs; ext4 mounted noauto_da_alloc) a power loss could
+// otherwise leave an empty spec under the final name. The directory is not
+// synced: a claim spec is derived state, and the claim's ledger record,
+// durable before Prepare returns, is enough to write it again (the DRA
+// driver does so for every record when it starts, and removes specs a
+// crash left without a record). The DRA driver writes the spec while the
+// ledger syncs, so the two syncs overlap.
 func writeClaimSpec(path string, spec *specs.Spec) error {
 	version, err := specs.MinimumRequiredVersion(spec)
 	if err != nil {
@@ -145,6 +149,9 @@ func writeClaimSpec(path string, spec *specs.Spec) error {
 	_, err = f.Write(data)
 	if err == nil {
 		err = f.Chmod(0o644)
+	}
+	if err == nil {
+		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr

@@ -191,12 +191,37 @@ func checkConsistent(t *testing.T, b *testBed, claim *resourceapi.ResourceClaim)
 // ledger refuses it naming the file and the problem, the agent sets it
 // aside, and the driver starts on an empty ledger instead of crash-looping.
 func TestCorruptCheckpoint(t *testing.T) {
-	for name, corrupt := range map[string]func(data []byte) []byte{
-		"truncated":     func(d []byte) []byte { return d[:len(d)/2] },
-		"bit flipped":   func(d []byte) []byte { return []byte(strings.Replace(string(d), "gpu-", "gpv-", 1)) },
-		"empty":         func([]byte) []byte { return nil },
-		"not JSON":      func([]byte) []byte { return []byte("\x00\x01garbage") },
-		"future format": func(d []byte) []byte { return []byte(strings.Replace(string(d), `"version":1`, `"version":9`, 1)) },
+	snapshot := func(b *testBed) string {
+		// A gpulet that stopped: its journal is folded into the snapshot.
+		if err := b.ledger.Close(); err != nil {
+			b.t.Fatal(err)
+		}
+		return b.checkpointPath()
+	}
+	for name, tc := range map[string]struct {
+		file    func(*testBed) string
+		corrupt func(data []byte) []byte
+	}{
+		"truncated":     {snapshot, func(d []byte) []byte { return d[:len(d)/2] }},
+		"bit flipped":   {snapshot, func(d []byte) []byte { return []byte(strings.Replace(string(d), "gpu-", "gpv-", 1)) }},
+		"empty":         {snapshot, func([]byte) []byte { return nil }},
+		"not JSON":      {snapshot, func([]byte) []byte { return []byte("\x00\x01garbage") }},
+		"future format": {snapshot, func(d []byte) []byte { return []byte(strings.Replace(string(d), `"version":2`, `"version":9`, 1)) }},
+		// A damaged journal line with a sound one after it (the claim's
+		// release of an earlier claim follows its reservation).
+		"journal bit flipped": {
+			func(b *testBed) string {
+				other := allocatedClaim(uidB, "other", []result{{request: "gpu", device: b.gpu(1).Name}})
+				if r := b.prepare(other)[other.UID]; r.Err != nil {
+					b.t.Fatal(r.Err)
+				}
+				if err := b.unprepare(other)[other.UID]; err != nil {
+					b.t.Fatal(err)
+				}
+				return b.checkpointPath() + ledger.JournalSuffix
+			},
+			func(d []byte) []byte { return []byte(strings.Replace(string(d), "gpu-", "gpv-", 1)) },
+		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			b := newTestBed(t, stateH100, nil)
@@ -204,16 +229,17 @@ func TestCorruptCheckpoint(t *testing.T) {
 			if r := b.prepare(c)[c.UID]; r.Err != nil {
 				t.Fatal(r.Err)
 			}
-			data, err := os.ReadFile(b.checkpointPath())
+			file := tc.file(b)
+			data, err := os.ReadFile(file)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := os.WriteFile(b.checkpointPath(), corrupt(data), 0o600); err != nil {
+			if err := os.WriteFile(file, tc.corrupt(data), 0o600); err != nil {
 				t.Fatal(err)
 			}
 			_, err = ledger.Open(b.checkpointPath())
-			if !errors.Is(err, ledger.ErrCorrupt) || !strings.Contains(err.Error(), b.checkpointPath()) {
-				t.Fatalf("opening the corrupt checkpoint: %v; want ErrCorrupt naming %s", err, b.checkpointPath())
+			if !errors.Is(err, ledger.ErrCorrupt) || !strings.Contains(err.Error(), file) {
+				t.Fatalf("opening the corrupt checkpoint: %v; want ErrCorrupt naming %s", err, file)
 			}
 			t.Logf("reported: %v", err)
 			// What the agent does: set it aside, start empty.
@@ -221,7 +247,7 @@ func TestCorruptCheckpoint(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := os.Stat(aside); err != nil {
+			if _, err := os.Stat(aside + strings.TrimPrefix(file, b.checkpointPath())); err != nil {
 				t.Fatalf("set-aside checkpoint: %v", err)
 			}
 			b.opts.CheckpointSetAside = true

@@ -114,19 +114,26 @@ type Options struct {
 }
 
 // Driver is gpulet's DRA driver: a kubeletplugin.DRAPlugin that publishes
-// the node's GPUs and prepares claims for them. Prepare and unprepare are
-// serialised by the driver itself (as well as by the helper).
+// the node's GPUs and prepares claims for them. The helper does not
+// serialise calls (the kubelet prepares the claims of pods that start
+// together at once): the driver decides under mu, and does the I/O of a
+// claim without MIG devices with mu released, the claim marked busy so
+// that other calls for it wait.
 type Driver struct {
 	opts Options
 	pool string
 
-	// mu serialises prepare, unprepare and recovery, and guards what follows.
+	// mu serialises the decisions of prepare, unprepare and recovery, and
+	// guards what follows.
 	mu  sync.Mutex
 	inv *inventory.Inventory
 	cat *catalog
 	// prepared caches the answer for prepared claims, by UID, so a
 	// repeated prepare does no I/O.
 	prepared map[string][]kubeletplugin.Device
+	// busy holds the claims whose I/O runs with mu released; the channel
+	// is closed when it ends.
+	busy map[string]chan struct{}
 	// crash, set by tests, is called between the steps of a prepare; an
 	// error from it ends the prepare as a crash would (nothing undone).
 	crash func(step string) error
@@ -183,6 +190,7 @@ func New(ctx context.Context, opts Options) (*Driver, error) {
 		inv:      opts.Inventory,
 		cat:      newCatalog(opts.Inventory, opts.ConsumableCapacity),
 		prepared: map[string][]kubeletplugin.Device{},
+		busy:     map[string]chan struct{}{},
 		changed:  make(chan struct{}, 1),
 		fatal:    make(chan error, 1),
 	}
@@ -236,6 +244,9 @@ func (d *Driver) startPlugin(ctx context.Context) (*kubeletplugin.Helper, error)
 		kubeletplugin.KubeClient(d.opts.KubeClient),
 		kubeletplugin.RegistrarDirectoryPath(registryDir),
 		kubeletplugin.PluginDataDirectoryPath(pluginDir),
+		// The driver serialises per claim itself; the helper's global
+		// lock would make pods that start together prepare one by one.
+		kubeletplugin.Serialize(false),
 	}, d.opts.PluginOptions...)
 	helper, err := kubeletplugin.Start(ctx, d, opts...)
 	if err != nil {

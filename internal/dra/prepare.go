@@ -116,6 +116,7 @@ func (d *Driver) prepareClaim(ctx context.Context, claim *resourceapi.ResourceCl
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.waitIdleLocked(uid)
 	if devs, ok := d.prepared[uid]; ok {
 		return devs, nil
 	}
@@ -167,8 +168,15 @@ func (d *Driver) prepareClaim(ctx context.Context, claim *resourceapi.ResourceCl
 
 // checkpointAndWriteLocked reserves a claim without MIG devices in the
 // ledger and writes its CDI spec, at once unless a test fixed the order.
+// At once, the reservation is queued under d.mu (so every check sees it)
+// and the syncs run with d.mu released: claims prepared in parallel share
+// the ledger's syncs, and their spec syncs overlap.
 func (d *Driver) checkpointAndWriteLocked(ctx context.Context, rec ledger.Record, st *claimState) ([]kubeletplugin.Device, error) {
-	var devs []kubeletplugin.Device
+	devices, err := d.claimDevicesLocked(st)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
 	reserve := func() error {
 		if err := d.opts.Ledger.Reserve(rec); err != nil {
 			return err
@@ -177,7 +185,7 @@ func (d *Driver) checkpointAndWriteLocked(ctx context.Context, rec ledger.Record
 	}
 	write := func() error {
 		var err error
-		if devs, err = d.writeSpecLocked(ctx, rec, st); err != nil {
+		if names, err = d.opts.CDI.WriteClaimSpec(ctx, rec.ID, devices); err != nil {
 			return err
 		}
 		return d.step(StepCDIWritten)
@@ -193,19 +201,53 @@ func (d *Driver) checkpointAndWriteLocked(ctx context.Context, rec ledger.Record
 			rerr = reserve()
 		}
 	default:
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			rerr = reserve()
-		}()
-		werr = write()
-		<-done
+		commit, err := d.opts.Ledger.ReserveAsync(rec)
+		if err != nil {
+			return nil, err
+		}
+		d.unlockedIO(rec.ID, func() {
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				if rerr = commit(); rerr == nil {
+					rerr = d.step(StepCheckpointed)
+				}
+			}()
+			werr = write()
+			<-done
+		})
 	}
 	if err := errors.Join(rerr, werr); err != nil {
 		return nil, err
 	}
+	devs := d.kubeletDevices(st, names)
 	d.prepared[rec.ID] = devs
 	return devs, nil
+}
+
+// unlockedIO runs io with d.mu released and the claim marked busy, so
+// that other calls for the claim wait for it (waitIdleLocked). Callers
+// hold d.mu, and hold it again when unlockedIO returns.
+func (d *Driver) unlockedIO(uid string, io func()) {
+	done := make(chan struct{})
+	d.busy[uid] = done
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		delete(d.busy, uid)
+		close(done)
+	}()
+	io()
+}
+
+// waitIdleLocked waits, with d.mu released meanwhile, until no call for
+// the claim is doing I/O.
+func (d *Driver) waitIdleLocked(uid string) {
+	for ch := d.busy[uid]; ch != nil; ch = d.busy[uid] {
+		d.mu.Unlock()
+		<-ch
+		d.mu.Lock()
+	}
 }
 
 func (d *Driver) step(name string) error {
@@ -392,6 +434,20 @@ func (d *Driver) completeLocked(ctx context.Context, rec ledger.Record, st *clai
 // writeSpecLocked applies the claim's configuration and writes its CDI
 // spec, and returns the devices for the kubelet.
 func (d *Driver) writeSpecLocked(ctx context.Context, rec ledger.Record, st *claimState) ([]kubeletplugin.Device, error) {
+	devices, err := d.claimDevicesLocked(st)
+	if err != nil {
+		return nil, err
+	}
+	names, err := d.opts.CDI.WriteClaimSpec(ctx, rec.ID, devices)
+	if err != nil {
+		return nil, err
+	}
+	return d.kubeletDevices(st, names), nil
+}
+
+// claimDevicesLocked applies the claim's configuration and says what its
+// CDI spec holds.
+func (d *Driver) claimDevicesLocked(st *claimState) ([]cdi.ClaimDevice, error) {
 	claimDevices := make([]cdi.ClaimDevice, 0, len(st.Devices))
 	seen := map[string]int{}
 	for _, pd := range st.Devices {
@@ -413,23 +469,25 @@ func (d *Driver) writeSpecLocked(ctx context.Context, rec ledger.Record, st *cla
 		}
 		claimDevices = append(claimDevices, cdi.ClaimDevice{Name: name, UUID: uuid, Request: pd.Request, Env: deviceEnv(pd)})
 	}
-	names, err := d.opts.CDI.WriteClaimSpec(ctx, rec.ID, claimDevices)
-	if err != nil {
-		return nil, err
-	}
+	return claimDevices, nil
+}
+
+// kubeletDevices is the answer for the kubelet: the claim's devices with
+// the CDI device names its spec was written with.
+func (d *Driver) kubeletDevices(st *claimState, cdiNames []string) []kubeletplugin.Device {
 	devs := make([]kubeletplugin.Device, len(st.Devices))
 	for i, pd := range st.Devices {
 		devs[i] = kubeletplugin.Device{
 			Requests:     []string{pd.Request},
 			PoolName:     d.pool,
 			DeviceName:   pd.Device,
-			CDIDeviceIDs: []string{names[i]},
+			CDIDeviceIDs: []string{cdiNames[i]},
 		}
 		if pd.ShareID != "" {
 			devs[i].ShareID = new(types.UID(pd.ShareID))
 		}
 	}
-	return devs, nil
+	return devs
 }
 
 // applySharing applies a device's time-slicing setting to its GPU.
@@ -468,6 +526,7 @@ func (d *Driver) unprepareClaim(ctx context.Context, c kubeletplugin.NamespacedO
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.waitIdleLocked(uid)
 	rec, ok := d.opts.Ledger.Get(uid)
 	if !ok || rec.API != ledger.DRA {
 		delete(d.prepared, uid)
@@ -491,16 +550,18 @@ func (d *Driver) undoLocked(ctx context.Context, rec ledger.Record, st *claimSta
 	delete(d.prepared, rec.ID)
 	if !st.hasMIG() {
 		// Nothing to destroy: the spec goes and the holding is released at
-		// once. A crash between the two leaves a spec without a record,
-		// which the next driver removes (recover).
-		var rerr error
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			rerr = d.opts.CDI.RemoveClaimSpec(ctx, rec.ID)
-		}()
-		lerr := d.opts.Ledger.Release(rec.ID)
-		<-done
+		// once, with d.mu released. A crash between the two leaves a spec
+		// without a record, which the next driver removes (recover).
+		var rerr, lerr error
+		d.unlockedIO(rec.ID, func() {
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				rerr = d.opts.CDI.RemoveClaimSpec(ctx, rec.ID)
+			}()
+			lerr = d.opts.Ledger.Release(rec.ID)
+			<-done
+		})
 		return errors.Join(rerr, lerr)
 	}
 	if err := d.opts.CDI.RemoveClaimSpec(ctx, rec.ID); err != nil {

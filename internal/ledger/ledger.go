@@ -9,8 +9,9 @@
 // the same device through the same API (time-slicing, consumable
 // capacity).
 //
-// DRA reservations are durable: they are written to a checkpoint (atomic
-// write, versioned, checksummed) before Reserve returns, and carry the DRA
+// DRA reservations are durable: they are in the checkpoint (a versioned,
+// checksummed snapshot and a journal of changes since, see store.go)
+// before Reserve returns, and carry the DRA
 // driver's own record of what it prepared, so one file says both who holds
 // a device and how to undo it. Device-plugin reservations live in memory:
 // the kubelet's own checkpoint is their durable truth, and gpulet re-learns
@@ -21,6 +22,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -116,13 +119,30 @@ func (e *ConflictError) Error() string {
 func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
 
 // Ledger is safe for concurrent use.
+//
+// Durable changes (those of DRA records) are group-committed: a change is
+// applied and queued under mu, and the caller then waits for a sync that
+// covers it; one caller at a time (holding commitMu) writes and syncs
+// everything queued. Until its sync, a reservation already counts against
+// others (they may see a conflict that a failed sync then undoes) and a
+// release still holds its devices, so nothing is ever granted on the
+// strength of a change that might not reach the disk.
 type Ledger struct {
 	store *store // nil: nothing is persisted
 	now   func() time.Time
 
 	mu      sync.Mutex
-	records map[string]Record
+	records map[string]Record // what checks see: committed, plus queued reservations
+	seq     uint64            // the last sequence number given out
+	queue   []*pending        // durable changes not yet committed, in order
+	pending map[string]*pending
 	subs    map[chan struct{}]struct{}
+
+	// commitMu is held by the caller that writes and syncs a batch; the
+	// store and committed are only touched under it.
+	commitMu     sync.Mutex
+	committed    map[string]Record // the DRA records on disk
+	committedSeq uint64            // the last change on disk
 }
 
 // Option configures a Ledger.
@@ -131,27 +151,68 @@ type Option func(*Ledger)
 // WithClock sets the clock records are stamped with.
 func WithClock(now func() time.Time) Option { return func(l *Ledger) { l.now = now } }
 
-// Open loads the ledger's checkpoint from path, or starts empty when the
-// file does not exist. An empty path keeps everything in memory. A corrupt
-// checkpoint is an error wrapping ErrCorrupt that names the file and the
-// problem; see Recover.
+// withBeforeSync runs fn before each journal append (tests).
+func withBeforeSync(fn func()) Option { return func(l *Ledger) { l.store.beforeSync = fn } }
+
+// Open loads the ledger's checkpoint from path (its snapshot and journal),
+// or starts empty when there is none. An empty path keeps everything in
+// memory. A corrupt checkpoint is an error wrapping ErrCorrupt that names
+// the file and the problem; see SetAside. A journal is folded into the
+// snapshot before Open returns.
 func Open(path string, opts ...Option) (*Ledger, error) {
-	l := &Ledger{now: time.Now, records: make(map[string]Record), subs: make(map[chan struct{}]struct{})}
+	l := &Ledger{
+		now:       time.Now,
+		records:   make(map[string]Record),
+		pending:   make(map[string]*pending),
+		subs:      make(map[chan struct{}]struct{}),
+		committed: make(map[string]Record),
+	}
+	if path != "" {
+		l.store = &store{path: path}
+	}
 	for _, o := range opts {
 		o(l)
 	}
-	if path == "" {
+	if l.store == nil {
 		return l, nil
 	}
-	l.store = &store{path: path}
-	records, err := l.store.load()
+	records, seq, err := l.store.load()
 	if err != nil {
 		return nil, err
 	}
-	for _, r := range records {
-		l.records[r.ID] = r
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("open checkpoint %s: %w", path, err)
 	}
+	// Start every run with an empty journal: folding it in here means a
+	// corrupt or cut-short tail is read once, and the snapshot is current.
+	if _, err := os.Stat(l.store.journalPath()); err == nil || len(records) > 0 {
+		if err := l.store.compact(records, seq); err != nil {
+			return nil, err
+		}
+	} else if err := l.store.openJournal(); err != nil {
+		return nil, err
+	}
+	for id, r := range records {
+		l.records[id] = r
+		l.committed[id] = r
+	}
+	l.seq, l.committedSeq = seq, seq
 	return l, nil
+}
+
+// Close folds the journal into the snapshot and closes it. The ledger
+// must not be changed after.
+func (l *Ledger) Close() error {
+	if l.store == nil {
+		return nil
+	}
+	l.commitMu.Lock()
+	defer l.commitMu.Unlock()
+	var err error
+	if l.store.journalSize > 0 || l.store.broken {
+		err = l.store.compact(l.committed, l.committedSeq)
+	}
+	return errors.Join(err, l.store.close())
 }
 
 // Reserve records rec, all its resources or none. Reserving again under
@@ -159,34 +220,54 @@ func Open(path string, opts ...Option) (*Ledger, error) {
 // resource another holder has is a *ConflictError. DRA records are on disk
 // when Reserve returns.
 func (l *Ledger) Reserve(rec Record) error {
+	commit, err := l.ReserveAsync(rec)
+	if err != nil {
+		return err
+	}
+	return commit()
+}
+
+// ReserveAsync is Reserve in two steps. When it returns, rec holds its
+// resources against every other reservation; commit then waits until rec
+// is on disk, and undoes the reservation if that fails. A caller that
+// queues reservations under a lock of its own and commits outside it lets
+// concurrent reservations share one sync.
+func (l *Ledger) ReserveAsync(rec Record) (commit func() error, err error) {
 	if rec.ID == "" {
-		return errors.New("reserve: empty holder id")
+		return nil, errors.New("reserve: empty holder id")
 	}
 	if len(rec.Resources) == 0 {
-		return fmt.Errorf("reserve %s: no resources", rec.ID)
+		return nil, fmt.Errorf("reserve %s: no resources", rec.ID)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.settleLocked(rec.ID)
 	if err := l.checkLocked(rec); err != nil {
-		return err
+		return nil, err
 	}
 	if rec.Time.IsZero() {
 		rec.Time = l.now()
 	}
 	old, had := l.records[rec.ID]
 	l.records[rec.ID] = rec
-	if rec.API == DRA || (had && old.API == DRA) {
-		if err := l.persistLocked(); err != nil {
-			if had {
-				l.records[rec.ID] = old
-			} else {
-				delete(l.records, rec.ID)
-			}
-			return fmt.Errorf("reserve %s: %w", rec.ID, err)
-		}
+	var p *pending
+	switch {
+	case rec.API == DRA:
+		p, err = l.queueLocked(change{Put: &rec}, old, had)
+	case had && old.API == DRA:
+		p, err = l.queueLocked(change{Delete: rec.ID}, old, had)
+	}
+	if err != nil {
+		l.restoreLocked(rec.ID, old, had)
+		return nil, fmt.Errorf("reserve %s: %w", rec.ID, err)
 	}
 	l.notifyLocked()
-	return nil
+	return func() error {
+		if err := l.wait(p); err != nil {
+			return fmt.Errorf("reserve %s: %w", rec.ID, err)
+		}
+		return nil
+	}, nil
 }
 
 // checkLocked finds the first holder rec would conflict with.
@@ -223,9 +304,10 @@ func (l *Ledger) Check(rec Record) error {
 // names) and persists it. Resources and ID may not change.
 func (l *Ledger) Update(id string, fn func(*Record)) error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
+	l.settleLocked(id)
 	old, ok := l.records[id]
 	if !ok {
+		l.mu.Unlock()
 		return fmt.Errorf("update %s: not reserved", id)
 	}
 	rec := old
@@ -233,32 +315,54 @@ func (l *Ledger) Update(id string, fn func(*Record)) error {
 	fn(&rec)
 	rec.ID, rec.API, rec.Resources = old.ID, old.API, old.Resources
 	l.records[id] = rec
+	var p *pending
+	var err error
 	if rec.API == DRA {
-		if err := l.persistLocked(); err != nil {
+		if p, err = l.queueLocked(change{Put: &rec}, old, true); err != nil {
 			l.records[id] = old
-			return fmt.Errorf("update %s: %w", id, err)
 		}
 	}
 	l.notifyLocked()
+	l.mu.Unlock()
+	if err == nil {
+		err = l.wait(p)
+	}
+	if err != nil {
+		return fmt.Errorf("update %s: %w", id, err)
+	}
 	return nil
 }
 
-// Release forgets a holder. Releasing an unknown ID succeeds.
+// Release forgets a holder. Releasing an unknown ID succeeds. A DRA
+// holder's devices stay held until the release is on disk.
 func (l *Ledger) Release(id string) error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
+	l.settleLocked(id)
 	old, ok := l.records[id]
 	if !ok {
+		l.mu.Unlock()
 		return nil
 	}
-	delete(l.records, id)
-	if old.API == DRA {
-		if err := l.persistLocked(); err != nil {
-			l.records[id] = old
-			return fmt.Errorf("release %s: %w", id, err)
-		}
+	if old.API != DRA {
+		delete(l.records, id)
+		l.notifyLocked()
+		l.mu.Unlock()
+		return nil
 	}
-	l.notifyLocked()
+	if l.store == nil {
+		delete(l.records, id)
+		l.notifyLocked()
+		l.mu.Unlock()
+		return nil
+	}
+	p, err := l.queueLocked(change{Delete: id}, old, true)
+	l.mu.Unlock()
+	if err == nil {
+		err = l.wait(p)
+	}
+	if err != nil {
+		return fmt.Errorf("release %s: %w", id, err)
+	}
 	return nil
 }
 
@@ -278,7 +382,7 @@ func (l *Ledger) Records() []Record {
 	for _, r := range l.records {
 		out = append(out, r)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	sortRecords(out)
 	return out
 }
 
@@ -363,18 +467,8 @@ func (l *Ledger) notifyLocked() {
 	}
 }
 
-func (l *Ledger) persistLocked() error {
-	if l.store == nil {
-		return nil
-	}
-	var durable []Record
-	for _, r := range l.records {
-		if r.API == DRA {
-			durable = append(durable, r)
-		}
-	}
-	sort.Slice(durable, func(i, j int) bool { return durable[i].ID < durable[j].ID })
-	return l.store.save(durable)
+func sortRecords(rs []Record) {
+	sort.Slice(rs, func(i, j int) bool { return rs[i].ID < rs[j].ID })
 }
 
 // String renders a record for logs: "dra ns/name [GPU-..., MIG-...]".

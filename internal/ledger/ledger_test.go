@@ -120,6 +120,9 @@ func TestCorruptCheckpoint(t *testing.T) {
 		if err := l.Reserve(Record{ID: "c", API: DRA, Resources: []Resource{whole(gpuA)}}); err != nil {
 			t.Fatal(err)
 		}
+		if err := l.Close(); err != nil { // folds the journal into the snapshot
+			t.Fatal(err)
+		}
 		b, err := os.ReadFile(path)
 		if err != nil {
 			t.Fatal(err)
@@ -134,7 +137,7 @@ func TestCorruptCheckpoint(t *testing.T) {
 		{"empty", func([]byte) []byte { return nil }, "empty"},
 		{"truncated", func(b []byte) []byte { return b[:len(b)/2] }, "not valid JSON"},
 		{"bit flip in records", func(b []byte) []byte { return []byte(strings.Replace(string(b), "GPU-aaaa", "GPU-aaab", 1)) }, "checksum mismatch"},
-		{"future version", func(b []byte) []byte { return []byte(strings.Replace(string(b), `"version":1`, `"version":9`, 1)) }, "version 9"},
+		{"future version", func(b []byte) []byte { return []byte(strings.Replace(string(b), `"version":2`, `"version":9`, 1)) }, "version 9"},
 		{"garbage", func([]byte) []byte { return []byte("\x00\x01garbage") }, "not valid JSON"},
 	}
 	for _, tt := range tests {
