@@ -44,6 +44,7 @@ const (
 	// maxClaimDevices is well above what an allocation result may hold (32).
 	maxClaimDevices = 128
 	maxEnvLen       = 4096
+	maxEnvKeyLen    = 255
 	maxEnvCount     = 64
 )
 
@@ -53,7 +54,10 @@ var (
 	claimUIDPattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
 	// deviceNamePattern is a DNS label, as DRA device names are.
 	deviceNamePattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-	envKeyPattern     = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,254}$`)
+	// envKeyPattern is an environment variable name; its length (at most
+	// maxEnvKeyLen) is checked apart: a counted repeat would compile into
+	// 254 copies of the class, 260 KB at every start.
+	envKeyPattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 )
 
 // ValidateClaimUID checks that uid is a claim UID gpulet accepts: at most
@@ -173,7 +177,7 @@ func validateClaimDevice(d ClaimDevice) error {
 		switch {
 		case len(e) > maxEnvLen:
 			return fmt.Errorf("device %q: environment variable %.40q... is longer than %d bytes", d.Name, e, maxEnvLen)
-		case !ok || !envKeyPattern.MatchString(key):
+		case !ok || len(key) > maxEnvKeyLen || !envKeyPattern.MatchString(key):
 			return fmt.Errorf("device %q: environment variable %q: want KEY=value with KEY of letters, digits and underscores", d.Name, e)
 		case key == visibleDevicesEnv:
 			return fmt.Errorf("device %q: environment variable %s is gpulet's to set", d.Name, key)

@@ -164,6 +164,7 @@ func TestClaimSpecErrors(t *testing.T) {
 		{name: "duplicate name", uid: testClaimUID, devices: []ClaimDevice{ok, ok}, want: "appears twice"},
 		{name: "env without =", uid: testClaimUID, devices: with(func(d *ClaimDevice) { d.Env = []string{"FOO"} }), want: `"FOO"`},
 		{name: "env bad key", uid: testClaimUID, devices: with(func(d *ClaimDevice) { d.Env = []string{"A B=1"} }), want: `"A B=1"`},
+		{name: "env key too long", uid: testClaimUID, devices: with(func(d *ClaimDevice) { d.Env = []string{strings.Repeat("K", maxEnvKeyLen+1) + "=1"} }), want: "want KEY=value"},
 		{name: "env newline", uid: testClaimUID, devices: with(func(d *ClaimDevice) { d.Env = []string{"A=1\nB=2"} }), want: "control characters"},
 		{name: "env NUL", uid: testClaimUID, devices: with(func(d *ClaimDevice) { d.Env = []string{"A=1\x00"} }), want: "control characters"},
 		{name: "env overrides gpulet's", uid: testClaimUID, devices: with(func(d *ClaimDevice) { d.Env = []string{"NVIDIA_VISIBLE_DEVICES=all"} }), want: "gpulet's to set"},
