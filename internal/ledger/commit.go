@@ -42,11 +42,12 @@ func (l *Ledger) queueLocked(c change, old Record, had bool) (*pending, error) {
 		p.old = &old
 	}
 	l.queue = append(l.queue, p)
-	l.pending[l.id(c)] = p
+	l.pending[c.id()] = p
 	return p, nil
 }
 
-func (l *Ledger) id(c change) string {
+// id is the holder a change is about.
+func (c change) id() string {
 	if c.Put != nil {
 		return c.Put.ID
 	}
@@ -128,7 +129,7 @@ func (l *Ledger) commitBatch() {
 	l.mu.Lock()
 	for i := len(batch) - 1; i >= 0; i-- {
 		p := batch[i]
-		id := l.id(p.change)
+		id := p.change.id()
 		if l.pending[id] == p {
 			delete(l.pending, id)
 		}

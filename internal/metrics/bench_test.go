@@ -394,7 +394,9 @@ func TestIdleCostBinary(t *testing.T) {
 	}
 }
 
-// copyInChunks copies an executable with 32 KiB writes, as tar does.
+// copyInChunks copies an executable with 32 KiB writes, as tar does. The
+// wrapper types hide ReadFrom/WriteTo, which would otherwise hand the copy
+// to copy_file_range and share the source's page-cache folios.
 func copyInChunks(t *testing.T, from, to string) {
 	t.Helper()
 	src, err := os.Open(from)

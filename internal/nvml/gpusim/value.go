@@ -3,7 +3,6 @@ package gpusim
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 	"time"
@@ -79,11 +78,6 @@ func (v *Value) UnmarshalJSON(data []byte) error {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&f); err != nil {
 		return err
-	}
-	if f.Pattern == "" {
-		// Without a pattern the other fields mean nothing, and would be
-		// lost when the state is written back.
-		return errors.New("an object needs a pattern (sine, ramp or square); a constant is a plain number")
 	}
 	*v = Value{Pattern: f.Pattern, Min: f.Min, Max: f.Max, Period: f.Period, Offset: f.Offset}
 	return nil
