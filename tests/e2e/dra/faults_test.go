@@ -71,6 +71,23 @@ func writeState(t *testing.T, path, seed, devices string) {
 	}
 }
 
+// registrations counts gpulet's registrations of nvidia.com/gpu with the
+// kubelet, from its log.
+func (b *bothNode) registrations(t *testing.T) int {
+	t.Helper()
+	data, err := os.ReadFile(b.gpulet.LogPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.Contains(line, `"Registered with the kubelet"`) && strings.Contains(line, `resource="nvidia.com/gpu"`) {
+			n++
+		}
+	}
+	return n
+}
+
 func (b *bothNode) waitAllocatable(t *testing.T, want int64) {
 	t.Helper()
 	bed.Eventually(t, 90*time.Second, fmt.Sprintf("allocatable nvidia.com/gpu=%d", want), func(ctx context.Context) error {
@@ -319,7 +336,18 @@ func TestFaults(t *testing.T) {
 	})
 
 	t.Run("kubelet restart", func(t *testing.T) {
+		before := b.registrations(t)
 		b.node.RestartKubelet(t)
+		// A pod the restarted kubelet admits before gpulet has registered
+		// again fails admission (the kubelet's rule, not gpulet's), and the
+		// node's allocatable may still be the figure from before the
+		// restart: wait for the registration itself.
+		bed.Eventually(t, 60*time.Second, "nvidia.com/gpu registered again", func(context.Context) error {
+			if n := b.registrations(t); n <= before {
+				return fmt.Errorf("%d registrations, %d before the restart", n, before)
+			}
+			return nil
+		})
 		// One GPU each is held by dp-0 (counted in allocatable) and dra-0
 		// (withdrawn from the device plugin).
 		b.waitAllocatable(t, 7)
